@@ -35,7 +35,9 @@ def _to_float64_array(value, name: str) -> np.ndarray:
     try:
         array = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError) as e:
-        raise TypeError(f"{name} must be numeric, but got {type(value).__name__}") from e
+        raise TypeError(
+            f"{name} must be numeric, but got {type(value).__name__}"
+        ) from e
     return array
 
 
@@ -135,7 +137,9 @@ class Coupling:
         """
         times = _to_float64_array(times, "times")
         if times.ndim != 1 or len(times) < 1:
-            raise ValueError(f"times must be a non-empty 1-D array, got shape {times.shape}")
+            raise ValueError(
+                f"times must be a non-empty 1-D array, got shape {times.shape}"
+            )
         if not np.all(np.isfinite(times)):
             raise ValueError("times must be finite")
         gaps = np.diff(times)
@@ -171,7 +175,9 @@ class Coupling:
             raise ValueError(f"adjacency must be square, but got shape {matrix.shape}")
         data = matrix.data
         if not np.all(np.isfinite(data)):
-            raise ValueError("adjacency must be finite, but it has NaN or infinite entries")
+            raise ValueError(
+                "adjacency must be finite, but it has NaN or infinite entries"
+            )
         if np.any(data < 0):
             raise ValueError("adjacency must be non-negative")
         difference = abs(matrix - matrix.T)
@@ -320,4 +326,6 @@ class Coupling:
 
     def __repr__(self) -> str:
         kind = "chain" if self.is_chain else ("tree" if self.is_tree else "graph")
-        return f"Coupling({kind}, num_steps={self.num_steps}, num_edges={self.num_edges})"
+        return (
+            f"Coupling({kind}, num_steps={self.num_steps}, num_edges={self.num_edges})"
+        )
