@@ -23,6 +23,11 @@ def random_connected_adjacency(T, density=0.5):
     return A + A.T
 
 
+def isolated_last_step():
+    # a chain 0 - 1 - 2 and a time step 3 coupled to nothing
+    return np.diag([1.0, 1.0, 0.0], 1) + np.diag([1.0, 1.0, 0.0], -1)
+
+
 def test_chain():
     coupling = Coupling.chain(5, [1.0, 2.0, 3.0, 4.0])
     assert coupling.is_chain and coupling.is_tree
@@ -40,6 +45,14 @@ def test_from_times_uses_the_gaps():
     coupling = Coupling.from_times(times, diffusion=0.5)
     assert coupling.is_chain
     assert_close(coupling.weights, 1 / (0.5 * torch.tensor([1.0, 2.0, 4.0]).double()))
+    # the Laplacian carries the uneven couplings: 2, 1 and 0.5
+    expected = torch.tensor(
+        [[2, -2, 0, 0], [-2, 3, -1, 0], [0, -1, 1.5, -0.5], [0, 0, -0.5, 0.5]]
+    )
+    assert_close(coupling.laplacian(torch.float64), expected.double())
+    same = Coupling.from_times(torch.tensor([1990, 1991, 1993, 1997]), diffusion=0.5)
+    assert_close(same.weights, coupling.weights)
+    assert Coupling.from_times([2000.0], diffusion=1.0).num_edges == 0
 
 
 @pytest.mark.parametrize("kind", ["numpy", "torch", "scipy", "torch_sparse", "list"])
@@ -131,6 +144,15 @@ def test_check_num_steps():
         (lambda: Coupling.chain(3, [1.0, np.inf]), "finite"),
         (lambda: Coupling(3, [(0, 1), (1, 2)], [1.0, np.nan]), "finite"),
         (lambda: Coupling.from_adjacency([[0, 1], [2, 0]]), "symmetric"),
+        (
+            lambda: Coupling.from_adjacency(scipy.sparse.csr_matrix([[0, 1], [0, 0]])),
+            "symmetric",
+        ),
+        (
+            lambda: Coupling.from_adjacency(isolated_last_step()),
+            "2 components",
+        ),
+        (lambda: Coupling.from_times([0.0, 1.0, np.nan], 1.0), "finite"),
         (lambda: Coupling.from_adjacency(np.ones((2, 3))), "square"),
         (lambda: Coupling(3, [(0, 1), (1, 2)], [1.0]), "one entry per edge"),
         (lambda: Coupling.chain(4, [1.0, 2.0]), r"shape \(3,\)"),

@@ -1,7 +1,10 @@
 # SPDX-License-Identifier: Apache-2.0
 """Tests of the gauge solvers: energies, overlaps, Procrustes and natural gradient."""
 
+import importlib.util
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pyro
@@ -42,6 +45,19 @@ def ring(T, strength=1.0):
     for t in range(T):
         adjacency[t, (t + 1) % T] = adjacency[(t + 1) % T, t] = strength
     return Coupling.from_adjacency(adjacency)
+
+
+def random_graph(T):
+    """A connected graph with random weights: a random tree plus random extra edges."""
+    order = torch.randperm(T).tolist()
+    edges = {
+        tuple(sorted((order[i], order[torch.randint(i, ()).item()])))
+        for i in range(1, T)
+    }
+    extra = torch.randint(T, (T, 2)).tolist()
+    edges |= {tuple(sorted(e)) for e in extra if e[0] != e[1]}
+    edges = sorted(edges)
+    return Coupling(T, edges, torch.rand(len(edges)).double() * 3 + 0.05)
 
 
 def twisted(T, N, d, angle, noise=0.0, dtype=torch.float64):
@@ -185,7 +201,7 @@ def test_ring_natural_gradient_reaches_brute_force_minimum():
     T=st.integers(1, 6),
     N=st.integers(1, 5),
     d=st.integers(1, 16),
-    graph=st.sampled_from(["chain", "ring", "star"]),
+    graph=st.sampled_from(["chain", "ring", "star", "random"]),
     method=st.sampled_from(["natural_gradient", "taylor", "procrustes"]),
     scale=st.sampled_from([1e-3, 1.0, 1e3]),
     seed=st.integers(0, 2**16),
@@ -197,6 +213,8 @@ def test_energy_never_increases(T, N, d, graph, method, scale, seed):
     elif graph == "star" and T >= 2:
         edges = [(0, t) for t in range(1, T)]
         coupling = Coupling(T, edges, torch.rand(T - 1) + 0.1)
+    elif graph == "random" and T >= 2:
+        coupling = random_graph(T)
     else:
         coupling = Coupling.chain(T, 2.0)
     if method == "procrustes" and not coupling.is_tree:
@@ -369,3 +387,122 @@ def test_bad_input_raises_and_changes_nothing():
     with pytest.raises(ValueError, match=r"rotations must have shape"):
         rotate_(X, rotations[:3])
     assert torch.equal(X, copy)
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("method", ["natural_gradient", "taylor", "procrustes"])
+def test_results_follow_device_and_dtype(method, dtype, device):
+    T, d = 6, 3
+    coupling = Coupling.chain(T, 2.0)
+    X = twisted(T, 17, d, angle=1.5, noise=0.1, dtype=dtype).to(device)
+    U, V = X[:, :10], X[:, 10:]
+    result = solve_gauge([U, V], coupling, method, num_steps=None)
+    tensors = [result.rotations, result.energy_before, result.energy_after]
+    if method != "procrustes":
+        tensors.append(result.gauge_fields)
+    tensors += [prior_energy([U, V], coupling), *overlaps([U, V], coupling)]
+    tensors += rotate([U, V], result.rotations)
+    tensors += rotate_first_order([U, V], torch.zeros(T, d, d, dtype=dtype))
+    for tensor in tensors:
+        assert tensor.dtype == dtype and tensor.device.type == device
+    assert result.energy_after < 0.9 * result.energy_before
+
+    # a warm start in another dtype is converted, not rejected
+    if method == "natural_gradient":
+        other = torch.float64 if dtype == torch.float32 else torch.float32
+        warm = result.gauge_fields.to(other)
+        again = solve_gauge([U, V], coupling, gauge_fields=warm)
+        assert again.rotations.dtype == dtype
+        assert again.energy_after <= result.energy_after * (1 + 1e-5)
+
+
+def test_undamped_first_order_update_diverges():
+    # fact (a) of the design: the natural-gradient result applied to first order,
+    # undamped, raises the energy; applied exactly, it lowers it
+    T, d = 100, 3
+    coupling = Coupling.chain(T, 10.0)
+    X = twisted(T, 20, d, angle=6.0, noise=0.01)
+    result = solve_gauge(X, coupling, num_steps=50)
+    before = prior_energy(X, coupling)
+    exact = prior_energy(rotate(X, result.rotations), coupling)
+    first_order = prior_energy(rotate_first_order(X, result.gauge_fields), coupling)
+    assert exact < 0.1 * before
+    assert first_order > 2 * before
+
+    # the damped first-order variant never raises it, but gets nowhere near
+    damped = solve_gauge(X, coupling, "taylor", num_steps=50)
+    assert 0.9 * before < damped.energy_after <= before
+
+
+def test_invariants_of_every_time_step_float32():
+    # the spectrum of X_t^T X_t is all of the d x d Gram matrix that rotations keep
+    T, d = 6, 4
+    X = twisted(T, 25, d, angle=2.5, noise=0.3, dtype=torch.float32)
+    spectrum = torch.linalg.eigvalsh(X.mT @ X)
+    for method in ["procrustes", "natural_gradient"]:
+        result = solve_gauge(X, Coupling.chain(T, 1.0), method)
+        moved = rotate(X, result.rotations)
+        assert_close(torch.linalg.eigvalsh(moved.mT @ moved), spectrum, rtol=1e-5)
+        eye = torch.eye(d).expand(T, d, d)
+        assert_close(result.rotations @ result.rotations.mT, eye, atol=1e-6)
+
+
+def test_bad_input_in_a_sequence_changes_nothing():
+    coupling = Coupling.chain(4, 1.0)
+    U, V = torch.randn(4, 5, 3), torch.randn(4, 6, 3)
+    copies = U.clone(), V.clone()
+    R = random_rotations(4, 3, dtype=torch.float32)
+    with pytest.raises(ValueError, match=r"X\[1\] must have shape \(T, N, d\)"):
+        rotate_([U, V[0]], R)
+    with pytest.raises(ValueError, match=r"X\[1\] is torch.float64"):
+        rotate_([U, V.double()], R)
+    with pytest.raises(ValueError, match="gauge_fields must be finite"):
+        solve_gauge([U, V], coupling, gauge_fields=torch.full((4, 3, 3), np.nan))
+    with pytest.raises(ValueError, match="takes neither"):
+        solve_gauge([U, V], coupling, "procrustes", num_steps=3)
+    with pytest.raises(ValueError, match="cannot remove reflections"):
+        solve_gauge([U, V], coupling, "taylor", allow_reflections=True)
+    with pytest.raises(ValueError, match="num_steps must be a non-negative int"):
+        solve_gauge([U, V], coupling, num_steps=-1)
+    with pytest.raises(ValueError, match="coupling graph has 4"):
+        prior_energy(torch.randn(5, 2, 3), coupling)
+    assert torch.equal(U, copies[0]) and torch.equal(V, copies[1])
+
+
+def test_thread_setting_is_restored():
+    previous = torch.get_num_threads()
+    X = twisted(5, 6, 3, angle=1.0)
+    solve_gauge(X, Coupling.chain(5, 1.0), "procrustes")
+    assert torch.get_num_threads() == previous
+    with pytest.raises(ValueError):
+        solve_gauge(
+            X, Coupling.chain(5, 1.0), gauge_fields=torch.full((5, 3, 3), 1e400)
+        )
+    assert torch.get_num_threads() == previous
+
+
+def test_benchmark_smoke(tmp_path):
+    path = Path(__file__).parents[1] / "benchmarks" / "gauge_phase.py"
+    spec = importlib.util.spec_from_file_location("gauge_phase_benchmark", path)
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    out = tmp_path / "gauge_phase.json"
+    argv = ["--sizes", "40,3,5", "--repeats", "1", "--out", str(out)]
+    records = benchmark.main(
+        argv + ["--log-level", "WARNING", "--grad-time-steps", "2"]
+    )
+    assert [r["method"] for r in records] == [
+        "procrustes",
+        "natural_gradient",
+        "taylor",
+    ]
+    saved = json.loads(out.read_text())["records"]
+    assert saved == records
+    for record in records:
+        assert record["phase_s"] >= record["solve_s"] > 0
+        assert record["energy_after"] <= record["energy_before"] * (1 + 1e-6)
+    assert abs(records[0]["excess_after"]) < 1e-5  # Procrustes is exact on a chain
