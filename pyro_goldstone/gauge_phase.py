@@ -35,8 +35,11 @@ logger = logging.getLogger(__name__)
 DEFAULT_INTERVAL = 10
 #: Natural-gradient steps per gauge phase.
 DEFAULT_GAUGE_STEPS = 5
-#: Optimiser state entries that transform like the gradient (first moments, averages).
-FIRST_MOMENT_KEYS = ("exp_avg", "momentum_buffer", "grad_avg", "ax")
+#: Optimiser state entries that transform like the gradient or the parameter (first
+#: moments, ASGD's average). Centred RMSprop's ``grad_avg`` is left out on purpose: it
+#: is subtracted squared from ``square_avg`` under a square root, which a rotated
+#: ``grad_avg`` could make negative.
+FIRST_MOMENT_KEYS = ("exp_avg", "momentum_buffer", "ax")
 
 _METHODS = ("natural_gradient", "taylor", "procrustes")
 _REFLECTIONS = ("first", "always", "never")
@@ -135,6 +138,17 @@ class GaugeFixer:
 
     **Defaults.** See :class:`~pyro_goldstone.optim.GoldstonePyroOptim` for the
     measurements behind ``interval`` and ``gauge_steps``.
+
+    Usage with plain PyTorch (``U`` and ``V`` are ``torch.nn.Parameter`` of shapes
+    ``(T, n, d)`` and ``(T, m, d)``)::
+
+        optimizer = torch.optim.Adam([U, V], lr=0.05)
+        fixer = GaugeFixer([U, V], Coupling.chain(T, 10.0), optimizer=optimizer)
+        for step in range(num_steps):
+            optimizer.zero_grad()
+            loss(U, V).backward()
+            optimizer.step()
+            fixer.step()  # a gauge phase after every ``interval`` steps
 
     :param params: a tensor or a sequence of tensors that share one rotation per time
         step (e.g. user and item embeddings), each with ``T`` along ``time_dim`` and
@@ -258,7 +272,9 @@ class GaugeFixer:
                 f"parameter {name!r} must be a tensor, but got {type(param).__name__}"
             )
         if not param.dtype.is_floating_point:
-            raise TypeError(f"parameter {name!r} must be floating point, not {param.dtype}")
+            raise TypeError(
+                f"parameter {name!r} must be floating point, not {param.dtype}"
+            )
         if param.dim() < 2:
             raise ValueError(
                 f"parameter {name!r} has shape {tuple(param.shape)}, a flat vector; a "
@@ -269,7 +285,10 @@ class GaugeFixer:
                 "AutoDelta or a guide with its own pyro.param per embedding"
             )
         ndim = param.dim()
-        for dim_name, dim in (("time_dim", self.time_dim), ("embed_dim", self.embed_dim)):
+        for dim_name, dim in (
+            ("time_dim", self.time_dim),
+            ("embed_dim", self.embed_dim),
+        ):
             if not -ndim <= dim < ndim:
                 raise ValueError(
                     f"{dim_name}={dim} is out of range for parameter {name!r} of shape "
@@ -337,7 +356,9 @@ class GaugeFixer:
         with torch.no_grad():
             S, M = overlaps(views, self.coupling)
             if not bool(torch.isfinite(S).all()):
-                raise ValueError(f"{self._locate_non_finite()}; no rotation was applied")
+                raise ValueError(
+                    f"{self._locate_non_finite()}; no rotation was applied"
+                )
             rotations, energy_before, energy_after = self._solve(views, S, M, heal)
             for param in self.params:
                 _rotate_in_place(param, rotations, self.time_dim, self.embed_dim)
@@ -362,7 +383,11 @@ class GaugeFixer:
         rotations = None
         if heal or self.method == "procrustes":
             result = solve_gauge(
-                views, self.coupling, "procrustes", allow_reflections=heal, overlaps=(S, M)
+                views,
+                self.coupling,
+                "procrustes",
+                allow_reflections=heal,
+                overlaps=(S, M),
             )
             rotations, energy_before = result.rotations, result.energy_before
             energy_after = result.energy_after
@@ -406,10 +431,14 @@ class GaugeFixer:
                 for key in FIRST_MOMENT_KEYS:
                     value = state.get(key)
                     if isinstance(value, torch.Tensor) and value.shape == param.shape:
-                        _rotate_in_place(value, rotations, self.time_dim, self.embed_dim)
+                        _rotate_in_place(
+                            value, rotations, self.time_dim, self.embed_dim
+                        )
 
     def _record(self, rotations, energy_before, energy_after, heal: bool) -> dict:
-        eye = torch.eye(rotations.shape[-1], dtype=rotations.dtype, device=rotations.device)
+        eye = torch.eye(
+            rotations.shape[-1], dtype=rotations.dtype, device=rotations.device
+        )
         chord = torch.linalg.matrix_norm(rotations - eye).max() / math.sqrt(8.0)
         angle = 2.0 * torch.asin(chord.clamp(max=1.0))
         # one transfer of three numbers from the device
@@ -456,7 +485,9 @@ class GaugeFixer:
         if gauge_fields is not None:
             expected = (self.coupling.num_steps,)
             if not isinstance(gauge_fields, torch.Tensor) or gauge_fields.dim() != 3:
-                raise ValueError("state['gauge_fields'] must be None or a (T, d, d) tensor")
+                raise ValueError(
+                    "state['gauge_fields'] must be None or a (T, d, d) tensor"
+                )
             if tuple(gauge_fields.shape[:1]) != expected:
                 raise ValueError(
                     f"state['gauge_fields'] has shape {tuple(gauge_fields.shape)}, but "
@@ -465,4 +496,3 @@ class GaugeFixer:
         self.num_steps, self.num_phases = num_steps, num_phases
         self.gauge_fields = gauge_fields
         self.records = [dict(record) for record in state["records"]]
-

@@ -8,6 +8,7 @@ import pytest
 import torch
 from pyro.distributions import constraints
 
+from pyro_goldstone.analysis import nearest_neighbours, similarity_over_time
 from pyro_goldstone.export import export_word2vec, to_inference_data, write_word2vec
 
 T, N, M, D = 4, 5, 3, 2
@@ -169,3 +170,19 @@ def test_write_word2vec_precision_and_errors(tmp_path):
         export_word2vec(np.zeros((T, N, D)), WORDS, tmp_path, times=[1, 2])
     with pytest.raises(ValueError, match="present must be a boolean mask"):
         export_word2vec(np.zeros((T, N, D)), WORDS, tmp_path, present=np.ones((T, N)))
+
+
+def test_inference_data_feeds_the_queries():
+    pyro.set_rng_seed(5)
+    pyro.clear_param_store()
+    idata = to_inference_data(guide, num_samples=50, sites=SITES, coords=COORDS)
+    U_loc = pyro.param("U_loc").detach()
+
+    # an xarray DataArray of means and the (S, T, N, d) draws go straight in
+    found = nearest_neighbours(idata.posterior_means["U"], "car", -1, 0, vocab=WORDS)
+    assert found == nearest_neighbours(U_loc, "car", -1, 0, vocab=WORDS)
+    draws = idata.posterior["U"].isel(chain=0).values
+    frame = similarity_over_time(draws, "car", "dog", times=YEARS, vocab=WORDS)
+    assert list(frame.index) == YEARS
+    assert (frame["lower"] <= frame["mean"]).all()
+    assert (frame["mean"] <= frame["upper"]).all()

@@ -146,3 +146,14 @@ def test_init_errors():
         twisted_init(3, 4, 2, twist=float("inf"))
     with pytest.raises(ValueError, match="scale"):
         independent_init(3, 4, 2, scale=-0.1)
+
+
+def test_noise_per_step_differs_between_steps():
+    generator = torch.Generator().manual_seed(3)
+    data = make_dynamic_mf_data(
+        20, 10, 4, 2, noise=0.3, noise_per_step=True, generator=generator
+    )
+    residual = data.Y - data.A @ data.B.mT
+    assert data.Y.shape == (4, 20, 10)
+    assert not torch.allclose(residual[0], residual[1])
+    assert abs(residual.std().item() - 0.3) < 0.05

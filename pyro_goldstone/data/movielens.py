@@ -156,6 +156,8 @@ def _to_numbers(frame: pd.DataFrame, source: str, first_line: int) -> pd.DataFra
         if bad.any():
             row = frame.index[int(np.flatnonzero(bad)[0])]
             shown = frame[column][row]
+            # a number read as such is shown as it was written, not as np.float64(...)
+            shown = shown if pd.isna(shown) or isinstance(shown, str) else str(shown)
             kind = (
                 "an integer" if column in ("userId", "movieId") else "a finite number"
             )
@@ -276,11 +278,12 @@ class BinaryRatings:
             )
         table = getattr(self, split)
         dtype = torch.get_default_dtype() if dtype is None else dtype
+        # torch.tensor copies: pandas may hand out read-only arrays
         columns = [
-            torch.as_tensor(table[c].to_numpy(), device=device)
+            torch.tensor(table[c].to_numpy(dtype=np.int64), device=device)
             for c in ("user", "item", "time_bin")
         ]
-        label = torch.as_tensor(table["label"].to_numpy(), dtype=dtype, device=device)
+        label = torch.tensor(table["label"].to_numpy(), dtype=dtype, device=device)
         return (*columns, label)
 
     def bin_counts(self) -> pd.DataFrame:

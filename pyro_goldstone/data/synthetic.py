@@ -139,6 +139,7 @@ def make_dynamic_mf_data(
     noise: float = 0.5,
     drift: float = 0.0,
     rotate: bool = False,
+    noise_per_step: bool = False,
     generator: Optional[torch.Generator] = None,
     dtype: Optional[torch.dtype] = None,
     device=None,
@@ -150,7 +151,10 @@ def make_dynamic_mf_data(
     every time step. With ``drift > 0`` the true factors follow Gaussian random walks,
     ``A_{t+1} = A_t + drift * eps_t`` (likewise ``B``), and every time step gets its own
     noise. With ``rotate=True`` the true factors of step ``t`` are further multiplied by a
-    known Haar-random rotation ``R_t``; this leaves ``Y`` unchanged.
+    known Haar-random rotation ``R_t``; this leaves ``Y`` unchanged. With
+    ``noise_per_step=True`` time-independent factors get a fresh noise draw at every time
+    step, so the fitted means differ per step and the converged prior energy is clearly
+    positive (with one repeated ``Y`` it is close to zero).
 
     :param int num_rows: rows ``n`` of each ``Y_t`` (users).
     :param int num_cols: columns ``m`` of each ``Y_t`` (items).
@@ -160,6 +164,8 @@ def make_dynamic_mf_data(
     :param float drift: standard deviation of the random-walk steps of the true factors
         per time step (default 0: time-independent data).
     :param bool rotate: whether to rotate the true factors per step by known rotations.
+    :param bool noise_per_step: draw the noise of time-independent data anew for every
+        time step (default ``False``: one noisy ``Y`` repeated, as in the paper).
     :param torch.Generator generator: optional random number generator on ``device``.
     :param torch.dtype dtype: floating point type (default: PyTorch's default dtype).
     :param device: device of the tensors (default: CPU).
@@ -186,6 +192,9 @@ def make_dynamic_mf_data(
         B = torch.cat([B[None], B + steps_B.cumsum(0)])
         Y = A @ B.transpose(-1, -2)
         Y = Y + noise * torch.randn(Y.shape, **options)
+    elif noise_per_step:
+        Y = A @ B.T + noise * torch.randn(num_steps, num_rows, num_cols, **options)
+        A, B = A.expand(num_steps, -1, -1), B.expand(num_steps, -1, -1)
     else:
         Y = A @ B.T + noise * torch.randn(num_rows, num_cols, **options)
         A, B = A.expand(num_steps, -1, -1), B.expand(num_steps, -1, -1)
