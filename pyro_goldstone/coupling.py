@@ -193,6 +193,7 @@ class Coupling:
 
     @property
     def num_edges(self) -> int:
+        """Number of undirected edges ``E``."""
         return len(self._edges)
 
     @property
@@ -261,19 +262,34 @@ class Coupling:
     def _cached(self, name: str, dtype, device, build):
         dtype = torch.get_default_dtype() if dtype is None else dtype
         device = torch.device("cpu") if device is None else torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            # one entry for "cuda" and the tensors' "cuda:0"
+            device = torch.device("cuda", torch.cuda.current_device())
         key = (name, dtype, device)
         if key not in self._cache:
             self._cache[key] = torch.as_tensor(build(), dtype=dtype, device=device)
         return self._cache[key]
 
     def adjacency(self, dtype=None, device=None) -> torch.Tensor:
-        """Dense symmetric adjacency of shape ``(T, T)``."""
+        """Dense symmetric adjacency of shape ``(T, T)``, cached per dtype and device.
+
+        :param torch.dtype dtype: dtype of the result (default:
+            ``torch.get_default_dtype()``).
+        :param device: device of the result (default: CPU).
+        :rtype: torch.Tensor
+        """
         return self._cached(
             "adjacency", dtype, device, lambda: self._sparse_adjacency().toarray()
         )
 
     def laplacian(self, dtype=None, device=None) -> torch.Tensor:
-        """Dense graph Laplacian ``D - A`` of shape ``(T, T)``."""
+        """Dense graph Laplacian ``D - A`` of shape ``(T, T)``, cached per dtype/device.
+
+        :param torch.dtype dtype: dtype of the result (default:
+            ``torch.get_default_dtype()``).
+        :param device: device of the result (default: CPU).
+        :rtype: torch.Tensor
+        """
         return self._cached(
             "laplacian",
             dtype,
@@ -300,6 +316,12 @@ class Coupling:
 
         Computed once in float64 by an eigendecomposition; every eigenvalue but the single
         zero one (the global mode, constant over time) is inverted and that one stays zero.
+        The result is cached per dtype and device, so later calls return the same tensor.
+
+        :param torch.dtype dtype: dtype of the result (default:
+            ``torch.get_default_dtype()``).
+        :param device: device of the result (default: CPU).
+        :rtype: torch.Tensor
         """
 
         def build():

@@ -189,6 +189,11 @@ class GraphLaplacianPrior(TorchDistribution):
         return self._cache[key]
 
     def expand(self, batch_shape, _instance=None):
+        """The same prior with batch shape ``batch_shape`` (sharing its factorisation).
+
+        :param torch.Size batch_shape: the new batch shape.
+        :rtype: GraphLaplacianPrior
+        """
         new = self._get_checked_instance(type(self), _instance)
         new.coupling = self.coupling
         new.sigma0 = self.sigma0
@@ -317,12 +322,21 @@ class GraphLaplacianPrior(TorchDistribution):
 
     @property
     def mean(self) -> torch.Tensor:
+        """Zero, of shape ``batch_shape + (T, N, d)``.
+
+        :raises ValueError: if the prior is improper (no ``sigma0``).
+        """
         self._require_proper("the mean")
         zero = torch.zeros((), dtype=self._dtype, device=self._device)
         return zero.expand(self.batch_shape + self.event_shape)
 
     @property
     def variance(self) -> torch.Tensor:
+        """Marginal variances, the diagonal of ``P^{-1}`` per time step, broadcast to
+        ``batch_shape + (T, N, d)``.
+
+        :raises ValueError: if the prior is improper (no ``sigma0``).
+        """
         self._require_proper("the variance")
         variance = self._constant(
             "variance", self._dtype, self._device, self._marginal_variance
@@ -428,6 +442,11 @@ class OrnsteinUhlenbeckPrior(GraphLaplacianPrior):
         self.diffusion = float(diffusion)
 
     def expand(self, batch_shape, _instance=None):
+        """The same prior with batch shape ``batch_shape``.
+
+        :param torch.Size batch_shape: the new batch shape.
+        :rtype: OrnsteinUhlenbeckPrior
+        """
         new = super().expand(batch_shape, _instance)
         new.diffusion = self.diffusion
         return new

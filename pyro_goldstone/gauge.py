@@ -362,8 +362,8 @@ def solve_gauge(
     Only the overlaps are computed from ``X`` (``O(|E| N d^2)``); all later work is
     ``O(T d^3 + T^2 d^2)`` and runs on one CPU thread (threads do not pay off on
     ``d x d`` matrices and stall badly on oversubscribed cores); the setting of
-    :func:`torch.set_num_threads` is restored afterwards. If a method cannot lower the energy by more than rounding,
-    the rotations are exactly the identity.
+    :func:`torch.set_num_threads` is restored afterwards. If a method cannot lower the
+    energy by more than rounding, the rotations are exactly the identity.
 
     :param X: embeddings, a tensor ``(T, N, d)`` or a sequence of ``(T, N_k, d)``.
     :param Coupling coupling: the coupling graph over the ``T`` time steps.

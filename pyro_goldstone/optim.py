@@ -54,24 +54,23 @@ class GoldstonePyroOptim(PyroOptim):
     are looked up and checked at every call, before the base step.
 
     **Defaults, and the measurements behind them.** ``method="natural_gradient"``
-    works on any coupling graph; the first phase begins with a Procrustes sweep over
-    ``O(d)`` along a spanning tree (``reflections="first"``), which heals the
-    reflection defects of means initialised independently per time step (measured:
-    from such an initialisation, Adam alone kept a prior energy 10^3 times above
-    the one reached with the default). ``interval=10`` and ``gauge_steps=5``. Measured
-    on a dense dynamic matrix factorisation (``T = 30``, ``20 x 20``, ``d = 3``, noise
-    0.05, chain coupling 10, Adam ``lr=0.05``, 1000 SVI steps, one seed): from a
-    twisted shared initialisation the prior energy of the means was 4.9 against 100
-    with Adam alone (intervals 5 to 50 all reached 4.5 to 6.5; 1, 5 and 10
-    natural-gradient steps per phase gave the same energies, because on a chain the
-    first phase's Procrustes sweep is exact and later phases only polish). From means
-    initialised independently per time step the default reached 2.1e3 against 1.4e4
-    for Adam, but ``interval=20`` or ``50`` reached 8: a single reflection sweep at
-    step 10, before the fit has settled, can leave sectors that re-form later (use a
-    longer interval or ``reflections="always"`` for such guides). Wall-time overheads
-    could not be measured reliably (shared machine); a phase costs ``O(|E| N d^2)``
-    for the overlaps plus ``O(T d^3)``, so sparse or large models, where a phase costs
-    more relative to a step, want ``interval`` 50 to 100. Procrustes
+    works on any coupling graph. A phase begins with a Procrustes sweep over ``O(d)``
+    along a spanning tree whenever some neighbouring steps sit in different
+    reflection sectors (``reflections="auto"``, detected by the sign of
+    ``det X_t^T X_t'``), which heals the defects of means initialised independently
+    per time step. ``interval=10`` and ``gauge_steps=5``. Measured on a dense dynamic
+    matrix factorisation (``T = 30``, ``20 x 20``, ``d = 3``, chain coupling 10, Adam
+    ``lr=0.05``, one seed): from a twisted shared initialisation (noise 0.05, 1000
+    SVI steps) the prior energy of the means was 4.9 against 100 with Adam alone
+    (intervals 5 to 50 all reached 4.5 to 6.5; 1, 5 and 10 natural-gradient steps per
+    phase gave the same energies). From means drawn independently per time step
+    (noise 0.1, 500 steps) the default reached 28 against 1.6e4 for Adam alone; a
+    sweep in the first phase only (``reflections="first"``) reached 2.8e3, because
+    sectors re-form while the fit takes shape (``"auto"`` swept in 3 of its 50
+    phases). Wall-time overheads are measured by the model commands and
+    ``benchmarks/``; a phase costs ``O(|E| N d^2)`` for the overlaps plus
+    ``O(T d^3)``, so sparse or large models, where a phase costs more relative to a
+    step, want ``interval`` 50 to 100. Procrustes
     (``method="procrustes"``) is exact and cheaper on chains and trees.
 
     **Optimiser state.** By default (``moments="rotate"``) Adam-like first moments
@@ -103,8 +102,9 @@ class GoldstonePyroOptim(PyroOptim):
     :type interval: int or None
     :param int gauge_steps: natural-gradient steps per phase (default: 5).
     :param str method: ``"natural_gradient"``, ``"taylor"`` or ``"procrustes"``.
-    :param str reflections: ``"first"``, ``"always"`` or ``"never"``: in which phases a
-        Procrustes sweep over ``O(d)`` comes first (default: ``"first"``).
+    :param str reflections: ``"auto"``, ``"first"``, ``"always"`` or ``"never"``: in
+        which phases a Procrustes sweep over ``O(d)`` comes first (default:
+        ``"auto"``: where a reflection defect is found).
     :param str moments: ``"rotate"``, ``"keep"`` or ``"reset"`` (default:
         ``"rotate"``).
     :raises TypeError: if ``base`` is not a :class:`~pyro.optim.optim.PyroOptim` or an
@@ -124,7 +124,7 @@ class GoldstonePyroOptim(PyroOptim):
         interval: Optional[int] = DEFAULT_INTERVAL,
         gauge_steps: int = DEFAULT_GAUGE_STEPS,
         method: str = "natural_gradient",
-        reflections: str = "first",
+        reflections: str = "auto",
         moments: str = "rotate",
     ):
         # PyroOptim.__init__ is not called: every torch optimiser lives in ``base``

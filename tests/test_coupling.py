@@ -104,6 +104,12 @@ def test_dense_matrices_are_cached_per_dtype_and_device():
     assert double is not single and double.dtype == torch.float64
     assert_close(double.float(), single)
     assert coupling.laplacian(torch.float64) is coupling.laplacian(torch.float64)
+    if torch.cuda.is_available():
+        on_gpu = coupling.laplacian_pinv(torch.float32, "cuda")
+        assert on_gpu.device.type == "cuda" and on_gpu is not single
+        assert coupling.laplacian_pinv(torch.float32, "cuda") is on_gpu
+        assert coupling.laplacian_pinv(torch.float32, torch.device("cuda", 0)) is on_gpu
+        assert_close(on_gpu.cpu(), single)
 
 
 def test_spanning_tree_is_breadth_first_and_maximal():

@@ -16,6 +16,7 @@ from pyro_goldstone.distributions import (
     GraphLaplacianPrior,
     OrnsteinUhlenbeckPrior,
 )
+from pyro_goldstone.gauge_phase import resolve_coupling
 
 TIMES = [0.0, 1.0, 1.5, 4.0, 4.25]  # uneven gaps
 RING = [
@@ -136,6 +137,8 @@ def test_ou_prior_stationary_variance_and_coupling():
     gaps = torch.tensor(TIMES, dtype=torch.float64).diff()
     assert torch.allclose(uneven.coupling.weights, 1 / (0.7 * gaps))
     assert prior.sigma0 == sigma0
+    # the optimiser reads this chain (and not the sigma0 part) from the prior
+    assert resolve_coupling(uneven) is uneven.coupling
 
     # far from the ends: v = 1 / sqrt(a (a + 4 lam)), neighbour correlation r
     a, lam = 1 / sigma0**2, 1 / (diffusion * gap)

@@ -174,7 +174,6 @@ def test_ring_natural_gradient_reaches_brute_force_minimum():
     coupling = ring(T, 1.0)
     X = twisted(T, 8, d, angle=0.8, noise=0.5)
     S, M = overlaps(X, coupling)
-    edges = coupling.edges.numpy()
 
     def energy(rotvecs):
         R = np.concatenate(
@@ -190,23 +189,25 @@ def test_ring_natural_gradient_reaches_brute_force_minimum():
     )
     result = solve_gauge(X, coupling, num_steps=100)
     assert_close(result.energy_after, best, rtol=1e-6)
-    assert len(edges) == T
+    # the problem is not trivial: the start is far above the minimum
+    assert best < 0.7 * result.energy_before
 
 
 # ----- properties of every phase -----
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(
     T=st.integers(1, 6),
     N=st.integers(1, 5),
     d=st.integers(1, 16),
     graph=st.sampled_from(["chain", "ring", "star", "random"]),
     method=st.sampled_from(["natural_gradient", "taylor", "procrustes"]),
+    reflections=st.booleans(),
     scale=st.sampled_from([1e-3, 1.0, 1e3]),
     seed=st.integers(0, 2**16),
 )
-def test_energy_never_increases(T, N, d, graph, method, scale, seed):
+def test_energy_never_increases(T, N, d, graph, method, reflections, scale, seed):
     pyro.set_rng_seed(seed)
     if graph == "ring" and T >= 3:
         coupling = ring(T, 0.7)
@@ -219,9 +220,12 @@ def test_energy_never_increases(T, N, d, graph, method, scale, seed):
         coupling = Coupling.chain(T, 2.0)
     if method == "procrustes" and not coupling.is_tree:
         method = "natural_gradient"
+    reflections = reflections and method != "taylor"
     X = scale * torch.randn(T, N, d, dtype=torch.float64)
-    result = solve_gauge(X, coupling, method)
+    result = solve_gauge(X, coupling, method, allow_reflections=reflections)
     assert result.energy_after <= result.energy_before
+    if not reflections:
+        assert (torch.linalg.det(result.rotations) > 0).all()
 
     if method == "taylor":
         moved = rotate_first_order(X, result.gauge_fields)
@@ -483,6 +487,20 @@ def test_thread_setting_is_restored():
             X, Coupling.chain(5, 1.0), gauge_fields=torch.full((5, 3, 3), 1e400)
         )
     assert torch.get_num_threads() == previous
+
+
+def test_public_api():
+    import pyro_goldstone
+
+    # other code imports these three by name from the top level
+    assert pyro_goldstone.Coupling is Coupling
+    assert pyro_goldstone.prior_energy is prior_energy
+    assert pyro_goldstone.optimal_rotations is optimal_rotations
+    for name in pyro_goldstone.__all__:
+        assert getattr(pyro_goldstone, name).__doc__, name
+    assert {"Coupling", "prior_energy", "optimal_rotations"} <= set(
+        pyro_goldstone.__all__
+    )
 
 
 def test_benchmark_smoke(tmp_path):

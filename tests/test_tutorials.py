@@ -45,6 +45,11 @@ def test_committed_outputs_are_stripped():
             for output in cell.outputs:
                 assert output.get("name") != "stderr", f"{path.name}, cell {index}"
                 assert output.output_type != "error", f"{path.name}, cell {index}"
+        # nothing that names the machine: no version stamps, no local paths
+        assert set(notebook.metadata.get("language_info", {})) <= {"name"}, path.name
+        text = nbformat.writes(notebook)
+        for local in {str(TUTORIALS.parent), str(Path.home())} - {"/"}:
+            assert local not in text, f"{path.name} mentions {local}"
 
 
 @pytest.mark.slow
