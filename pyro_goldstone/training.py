@@ -22,10 +22,14 @@ import time
 from collections.abc import Callable, Mapping
 
 import pandas as pd
+import torch
 from tqdm.auto import tqdm
+
+from pyro_goldstone.gauge import solve_gauge
 
 __all__ = [
     "REQUIRED_RUN_KEYS",
+    "aligned_energy",
     "add_convergence",
     "convergence_table",
     "first_step_within",
@@ -47,11 +51,32 @@ REQUIRED_RUN_KEYS = (
 )
 
 
+def aligned_energy(X, coupling) -> float:
+    """The lowest prior energy of ``X`` over one orthogonal transform per time step.
+
+    ``prior_energy(X) - aligned_energy(X)`` is the part of the prior energy that
+    rotations and reflections alone would remove, the energy held in Goldstone modes
+    (and reflection defects). On a tree (chains included) this is exact, one
+    Procrustes sweep over ``O(d)``; on a graph with cycles it is the result of a
+    spanning-tree sweep and natural-gradient steps, an upper bound.
+
+    :param X: embeddings ``(T, N, d)`` or a sequence of such tensors sharing the
+        rotations (e.g. ``[U, V]``).
+    :param ~pyro_goldstone.coupling.Coupling coupling: the prior's coupling graph.
+    :rtype: float
+    """
+    method = "procrustes" if coupling.is_tree else "natural_gradient"
+    with torch.no_grad():
+        result = solve_gauge(X, coupling, method, allow_reflections=True)
+    return float(result.energy_after)
+
+
 def train(
     step: Callable[[int], float],
     num_steps: int,
     *,
     energy: Callable[[], float],
+    min_energy: Callable[[], float] | None = None,
     record_every: int = 10,
     label: str = "",
     progress: bool = True,
@@ -65,11 +90,15 @@ def train(
         loss, e.g. ``lambda i: svi.step(data)``.
     :param int num_steps: number of steps.
     :param callable energy: returns the prior energy of the current embedding means.
+    :param callable min_energy: optionally returns the lowest prior energy of the
+        current means over rotations and reflections per time step (e.g. through
+        :func:`aligned_energy`), recorded as ``aligned_energy`` at every record.
     :param int record_every: record every this many steps (and after the last one).
     :param str label: name of the run, shown on the progress bar and in the log.
     :param bool progress: whether to show a tqdm progress bar.
     :returns: a run with ``steps``, ``loss``, ``prior_energy`` and ``seconds`` (cumulative
-        training time at each record) aligned, plus ``final_loss`` (mean loss over the last
+        training time at each record) aligned, with ``aligned_energy`` if ``min_energy``
+        is given, plus ``final_loss`` (mean loss over the last
         5% of steps, at least one) and ``seconds_per_step``.
     :rtype: dict
     """
@@ -86,6 +115,8 @@ def train(
         "prior_energy": [float(energy())],
         "seconds": [0.0],
     }
+    if min_energy is not None:
+        run["aligned_energy"] = [float(min_energy())]
     tail = max(1, num_steps // 20)
     tail_losses = []
     elapsed = 0.0
@@ -107,6 +138,8 @@ def train(
             run["loss"].append(loss)
             run["prior_energy"].append(float(energy()))
             run["seconds"].append(elapsed)
+            if min_energy is not None:
+                run["aligned_energy"].append(float(min_energy()))
             bar.set_postfix(loss=f"{loss:.4g}", energy=f"{run['prior_energy'][-1]:.4g}")
             logger.debug(
                 "%s step %d: loss %.6g, prior energy %.6g",
@@ -134,7 +167,13 @@ def train(
 def first_step_within(
     steps: list, values: list, reference: float, rel: float = 0.01
 ) -> int | None:
-    """Index of the first value within ``rel`` (relative) of ``reference``, else ``None``.
+    """Index of the first value from which every later value stays within ``rel``
+    (relative) of ``reference``, else ``None``.
+
+    A run whose energy only passes through the band on its way elsewhere (a fit that
+    rises from small initial means, an oscillation) has not converged there, so the
+    band must hold to the end of the run; ``None`` entries (nothing recorded) are
+    skipped.
 
     :param list steps: step numbers (only their length is used for checking).
     :param list values: measured values aligned with ``steps``.
@@ -148,24 +187,47 @@ def first_step_within(
         )
     if not (rel > 0):
         raise ValueError(f"rel must be positive, got {rel}")
+    first = None
     for index, value in enumerate(values):
-        if value is not None and abs(value - reference) <= rel * abs(reference):
-            return index
-    return None
+        if value is None:
+            continue
+        if abs(value - reference) <= rel * abs(reference):
+            first = index if first is None else first
+        else:
+            first = None
+    return first
 
 
 def add_convergence(run: dict, reference: float, rel: float = 0.01) -> dict:
-    """Fill in ``steps_to_1pct`` and ``seconds_to_1pct`` of a run from :func:`train`.
+    """Fill in ``steps_to_1pct`` and ``seconds_to_1pct`` of a run from :func:`train`:
+    the first recorded step (and its training time) from which the prior energy stays
+    within ``rel`` of ``reference`` (see :func:`first_step_within`).
 
     :param dict run: a run as returned by :func:`train`; modified in place and returned.
     :param float reference: the prior energy the run is compared with (the converged value).
     :param float rel: relative tolerance (default 1%).
+    :returns: ``run``, with ``steps_to_aligned`` and ``seconds_to_aligned`` too if it
+        recorded ``aligned_energy``: the first step from which the prior energy stays
+        within ``rel`` of the aligned energy of the same means.
     :rtype: dict
     """
     index = first_step_within(run["steps"], run["prior_energy"], reference, rel)
     run["reference_prior_energy"] = float(reference)
     run["steps_to_1pct"] = None if index is None else run["steps"][index]
     run["seconds_to_1pct"] = None if index is None else run["seconds"][index]
+    if "aligned_energy" in run:
+        # the Goldstone modes are gone once the energy stays within rel of what the
+        # best rotations and reflections of the same means would give
+        index = None
+        for i, (energy, aligned) in enumerate(
+            zip(run["prior_energy"], run["aligned_energy"])
+        ):
+            if energy - aligned > rel * abs(aligned):
+                index = None
+            elif index is None:
+                index = i
+        run["steps_to_aligned"] = None if index is None else run["steps"][index]
+        run["seconds_to_aligned"] = None if index is None else run["seconds"][index]
     return run
 
 
@@ -224,6 +286,7 @@ def convergence_table(runs: Mapping, extra: tuple = ()) -> pd.DataFrame:
             "run": label,
             "steps to 1%": run.get("steps_to_1pct"),
             "seconds to 1%": run.get("seconds_to_1pct"),
+            "steps to aligned": run.get("steps_to_aligned"),
             "final prior energy": run["prior_energy"][-1],
             "final loss": run.get("final_loss"),
             "ms per step": 1000 * run.get("seconds_per_step", float("nan")),
@@ -231,6 +294,8 @@ def convergence_table(runs: Mapping, extra: tuple = ()) -> pd.DataFrame:
         row.update({key: run.get(key) for key in extra})
         rows.append(row)
     table = pd.DataFrame(rows).set_index("run")
+    if not any("steps_to_aligned" in run for run in runs.values()):
+        table = table.drop(columns="steps to aligned")
     baselines = table[~table.index.str.startswith("goldstone")]
     reached = baselines.dropna(subset=["steps to 1%"])
     if len(reached):

@@ -2,9 +2,13 @@
 import json
 
 import pytest
+import torch
 
+from pyro_goldstone.coupling import Coupling
+from pyro_goldstone.gauge import prior_energy
 from pyro_goldstone.training import (
     add_convergence,
+    aligned_energy,
     convergence_table,
     first_step_within,
     train,
@@ -61,6 +65,10 @@ def test_train_rejects_bad_num_steps(bad):
 def test_first_step_within():
     assert first_step_within([0, 1, 2, 3], [5.0, 1.5, 1.005, 1.0], 1.0) == 2
     assert first_step_within([0, 1], [5.0, 2.0], 1.0) is None
+    # passing through the band is not converging: it must hold to the end
+    assert first_step_within([0, 1, 2, 3], [0.1, 1.0, 3.0, 1.0], 1.0) == 3
+    assert first_step_within([0, 1, 2], [1.0, 1.0, 1.5], 1.0) is None
+    assert first_step_within([0, 1, 2], [None, 1.0, 1.001], 1.0) == 1
     with pytest.raises(ValueError, match="align"):
         first_step_within([0, 1], [1.0], 1.0)
 
@@ -96,3 +104,35 @@ def test_write_metrics_rejects_missing_keys(tmp_path):
     with pytest.raises(ValueError, match="lacks the keys"):
         write_metrics(str(path), "toy", {}, {"adam": {"steps": [0]}})
     assert not path.exists()
+
+
+def test_steps_to_aligned_needs_the_excess_to_stay_small():
+    run = {
+        "steps": [0, 10, 20, 30, 40],
+        "seconds": [0.0, 1.0, 2.0, 3.0, 4.0],
+        "prior_energy": [50.0, 10.0, 30.0, 10.05, 10.0],
+        "aligned_energy": [10.0, 10.0, 10.0, 10.0, 10.0],
+    }
+    add_convergence(run, 10.0)
+    # within 1% at step 10, but a Goldstone mode came back at step 20
+    assert run["steps_to_aligned"] == 30 and run["seconds_to_aligned"] == 3.0
+    run["prior_energy"][-1] = 12.0
+    assert add_convergence(run, 10.0)["steps_to_aligned"] is None
+    assert "steps to aligned" in convergence_table({"adam": run}).columns
+    del run["aligned_energy"], run["steps_to_aligned"]
+    run.update(final_loss=1.0, seconds_per_step=0.1)
+    assert "steps to aligned" not in convergence_table({"adam": run}).columns
+
+
+def test_aligned_energy_is_the_minimum_over_rotations():
+    generator = torch.Generator().manual_seed(0)
+    Y = torch.randn(7, 3, dtype=torch.float64, generator=generator)
+    Q = torch.linalg.qr(torch.randn(5, 3, 3, dtype=torch.float64, generator=generator))[
+        0
+    ]
+    coupling = Coupling.chain(5, 2.0)
+    X = Y @ Q  # every step a rotation or reflection of one matrix
+    assert prior_energy(X, coupling) > 1.0
+    assert aligned_energy(X, coupling) == pytest.approx(0.0, abs=1e-10)
+    noisy = X + 0.1 * torch.randn(X.shape, dtype=torch.float64, generator=generator)
+    assert 0.0 < aligned_energy(noisy, coupling) < float(prior_energy(noisy, coupling))
