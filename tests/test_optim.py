@@ -564,8 +564,39 @@ def test_first_moments_rotate_second_moments_stay(base):
     for tensor, old in zip(tensors, states):
         new = torch_optimizer(optim, tensor).state[tensor]
         assert_close(new["exp_avg"], old["exp_avg"] @ rotations, atol=1e-10)
-        assert torch.equal(new["exp_avg_sq"], old["exp_avg_sq"])
+        # second moments are mixed by the squared rotation: positive, same sums
+        mixed = old["exp_avg_sq"] @ rotations.square()
+        assert_close(new["exp_avg_sq"], mixed, atol=1e-12)
+        assert not torch.equal(new["exp_avg_sq"], old["exp_avg_sq"])
+        assert (new["exp_avg_sq"] >= 0).all()
+        assert_close(new["exp_avg_sq"].sum(-1), old["exp_avg_sq"].sum(-1), rtol=1e-8)
         assert torch.equal(new["step"], old["step"])
+
+
+def test_first_policy_keeps_second_moments():
+    problem = Problem(T=6, n=5, m=5)
+    optim, tensors, (params, states), _ = phase_after_steps(problem, "first")
+    rotations = recover_rotations(params["U_loc"], unconstrained("U_loc").detach())
+    for tensor, old in zip(tensors, states):
+        new = optim.optim_objs[tensor].state[tensor]
+        assert_close(new["exp_avg"], old["exp_avg"] @ rotations, atol=1e-10)
+        assert torch.equal(new["exp_avg_sq"], old["exp_avg_sq"])
+
+
+def test_adagrad_sum_is_mixed_and_centred_rmsprop_left_alone():
+    problem = Problem(T=6, n=5, m=5)
+    optim, tensors, (params, states), _ = phase_after_steps(
+        problem, base=BASES["Adagrad"]()
+    )
+    rotations = recover_rotations(params["U_loc"], unconstrained("U_loc").detach())
+    new = optim.optim_objs[tensors[0]].state[tensors[0]]
+    assert_close(new["sum"], states[0]["sum"] @ rotations.square(), atol=1e-12)
+
+    optim, tensors, (_, states), _ = phase_after_steps(problem, base=BASES["RMSprop"]())
+    for tensor, old in zip(tensors, states):
+        new = optim.optim_objs[tensor].state[tensor]
+        assert torch.equal(new["square_avg"], old["square_avg"])
+        assert torch.equal(new["grad_avg"], old["grad_avg"])
 
 
 def test_sgd_momentum_buffer_rotates():
