@@ -40,6 +40,7 @@ COLUMNS = (
     "seconds to 1%",
     "step ratio",
     "time ratio",
+    "steps to aligned",
     "final prior energy",
     "final loss",
     "ms per step",

@@ -58,6 +58,7 @@ from pyro_goldstone.optim import GoldstonePyroOptim
 from pyro_goldstone.plots import plot_training_curves
 from pyro_goldstone.training import (
     add_convergence,
+    aligned_energy,
     convergence_table,
     first_step_within,
     train,
@@ -213,11 +214,15 @@ def auc(scores, positive) -> float:
     return float((rank_sum - num_pos * (num_pos + 1) / 2) / (num_pos * num_neg))
 
 
-def train_one(data: BinaryRatings, label: str, args, *, progress: bool = True) -> dict:
+def train_one(
+    data: BinaryRatings, label: str, args, *, progress: bool = True, optimizer=None
+) -> dict:
     """Train one optimiser from a fresh param store and return its run.
 
     ``label`` is ``"adagrad"`` or ``"goldstone-<method>"``; all runs use the seed
     ``args.seed`` for the initialisation and for the sequence of minibatches.
+    ``optimizer``, if given, is called with the :class:`BernoulliMF` and returns the
+    Pyro optimiser to use instead (``label`` then only names the run).
     """
     pyro.clear_param_store()
     pyro.set_rng_seed(args.seed)
@@ -230,8 +235,8 @@ def train_one(data: BinaryRatings, label: str, args, *, progress: bool = True) -
         device=args.device,
     )
     mf.means()  # create the parameters before the optimiser looks them up
-    optim = Adagrad({"lr": args.lr})
-    if label.startswith("goldstone"):
+    optim = Adagrad({"lr": args.lr}) if optimizer is None else optimizer(mf)
+    if optimizer is None and label.startswith("goldstone"):
         optim = GoldstonePyroOptim(
             optim,
             mf.loc_names,
@@ -254,6 +259,7 @@ def train_one(data: BinaryRatings, label: str, args, *, progress: bool = True) -
         step,
         args.num_steps,
         energy=mf.prior_energy,
+        min_energy=lambda: aligned_energy(list(mf.means()), mf.coupling),
         record_every=args.record_every,
         label=label,
         progress=progress,
@@ -267,7 +273,7 @@ def train_one(data: BinaryRatings, label: str, args, *, progress: bool = True) -
         valid_loglik=valid["loglik"],
         valid_auc=valid["auc"],
     )
-    if label.startswith("goldstone"):
+    if isinstance(optim, GoldstonePyroOptim):
         run["gauge_phases"] = len(optim.records)
     logger.info(
         "%s: test log-likelihood %.4f per rating, test AUC %.4f",
