@@ -251,7 +251,10 @@ class Coupling:
             )
             children = np.asarray(order[1:], dtype=np.int64)
             parents = np.asarray(predecessors[children], dtype=np.int64)
-            weights = np.asarray(adjacency[parents, children]).reshape(-1)
+            if len(children):
+                weights = np.asarray(adjacency[parents, children]).reshape(-1)
+            else:  # T = 1: scipy returns an empty sparse matrix, not an array
+                weights = np.zeros(0)
             self._cache[key] = tuple(
                 torch.from_numpy(a) for a in (parents, children, weights)
             )

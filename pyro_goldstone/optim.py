@@ -25,6 +25,22 @@ _FORMAT = "pyro_goldstone.GoldstonePyroOptim"
 _MAX_LISTED_NAMES = 30
 
 
+def _check_base_state(state_dict: dict) -> None:
+    """Raise :class:`ValueError` unless ``state_dict`` looks like ``PyroOptim.get_state()``:
+    parameter names mapped to a torch optimiser's (or a scheduler's) state dict."""
+    for name, value in state_dict.items():
+        fits = isinstance(value, dict) and (
+            {"state", "param_groups"} <= set(value)
+            or {"scheduler", "optimizer"} <= set(value)
+        )
+        if not isinstance(name, str) or not fits:
+            raise ValueError(
+                f"state_dict is neither a {_FORMAT} state nor a PyroOptim state (parameter "
+                f"name to optimiser state dict): entry {name!r} is "
+                f"{type(value).__name__}{sorted(value) if isinstance(value, dict) else ''}"
+            )
+
+
 class GoldstonePyroOptim(PyroOptim):
     """Goldstone gradient descent for :class:`~pyro.infer.svi.SVI`: a base optimiser
     plus a gauge phase after every ``interval`` steps.
@@ -102,8 +118,8 @@ class GoldstonePyroOptim(PyroOptim):
         prior object with a ``.coupling`` attribute.
     :param int time_dim: the time dimension of the parameters (default: 0).
     :param int embed_dim: the embedding dimension of the parameters (default: -1).
-    :param interval: base steps between gauge phases, or ``None`` to never run one
-        (default: 10).
+    :param interval: base steps between gauge phases, or ``None`` to run them only
+        when :meth:`gauge_phase` is called (default: 10).
     :type interval: int or None
     :param int gauge_steps: natural-gradient steps per phase (default: 5).
     :param str method: ``"natural_gradient"``, ``"taylor"`` or ``"procrustes"``.
@@ -208,6 +224,18 @@ class GoldstonePyroOptim(PyroOptim):
         self.fixer.optimizers = self._torch_optimizers(tensors)
         self.fixer.step()
 
+    def gauge_phase(self) -> dict:
+        """Run one gauge phase now, whatever ``interval`` says (with ``interval=None``
+        the only way phases happen), on the named parameters of the param store.
+
+        :returns: the phase's record (see :attr:`records`).
+        :rtype: dict
+        :raises ValueError: as :meth:`__call__`, before anything is rotated.
+        """
+        tensors = self._lookup()
+        self.fixer.optimizers = self._torch_optimizers(tensors)
+        return self.fixer.gauge_phase()
+
     def _lookup(self) -> list:
         store = pyro.get_param_store()
         unconstrained = dict(store.named_parameters())
@@ -273,6 +301,7 @@ class GoldstonePyroOptim(PyroOptim):
                 f"state_dict must be a dict, but got {type(state_dict).__name__}"
             )
         if state_dict.get("format") != _FORMAT:
+            _check_base_state(state_dict)
             self.base.set_state(state_dict)
             return
         if state_dict.get("version") != 1 or not {"base", "gauge"} <= set(state_dict):

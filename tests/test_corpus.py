@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -208,3 +210,20 @@ def test_load_text_folder_empty(tmp_path):
 def test_load_corpus_rejects_unknown_source(tmp_path):
     with pytest.raises(ValueError, match="corpus must be"):
         load_corpus(str(tmp_path / "missing.json"))
+
+
+@pytest.mark.parametrize(
+    "header, missing",
+    [("text", "year (or date)"), ("date_,text", "year (or date)"), ("yr,body", "text")],
+)
+def test_load_csv_names_the_missing_column(tmp_path, header, missing):
+    path = tmp_path / "corpus.csv"
+    path.write_text(header + "\n" + ",".join(["1900"] * len(header.split(","))) + "\n")
+    with pytest.raises(ValueError, match=re.escape(missing)) as error:
+        load_corpus(str(path))
+    assert "source" not in str(error.value) and str(path) in str(error.value)
+
+
+def test_load_corpus_missing_csv_is_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_corpus(str(tmp_path / "absent.csv"))

@@ -217,3 +217,13 @@ def test_auto_reflections_leave_a_frustrated_cycle_after_one_sweep():
     assert [record["reflections"] for record in records] == [True] + [False] * 3
     for record in records:
         assert record["energy_after"] <= record["energy_before"] + 1e-12
+
+
+def test_one_time_step_has_nothing_to_fix():
+    U = torch.nn.Parameter(torch.randn(1, N, D))
+    before = U.detach().clone()
+    fixer = GaugeFixer(U, Coupling.chain(1, 1.0), interval=1)
+    record = fixer.step()
+    assert record["energy_before"] == record["energy_after"] == 0.0
+    assert not record["reflections"] and record["rotation_angle"] == 0.0
+    assert torch.equal(U.detach(), before)

@@ -245,6 +245,21 @@ def test_set_state_rejects_malformed_state():
     bad["gauge"]["gauge_fields"] = torch.zeros(4, 3, 3)
     with pytest.raises(ValueError, match="gauge_fields"):
         optim.set_state(bad)
+    # neither this class's state nor a PyroOptim one: refused, nothing loaded
+    for junk in ({"foo": 1}, {"format": "x"}, {"U_loc": {"state": {}}}):
+        with pytest.raises(ValueError, match="neither"):
+            optim.set_state(junk)
+    assert optim.base._state_waiting_to_be_consumed == {}
+
+
+def test_plain_base_state_is_accepted():
+    problem = Problem(T=5, n=4, m=4)
+    problem.init("twisted")
+    base = pyro.optim.Adam({"lr": 0.05})
+    run_steps(problem, base, 3)
+    optim = make_optim(problem)
+    optim.set_state(base.get_state())
+    assert optim.base._state_waiting_to_be_consumed.keys() == base.get_state().keys()
 
 
 # ----- losses, base optimisers, guides -----
@@ -652,3 +667,20 @@ def test_dtype_follows_the_parameters(dtype):
     tolerance = 1e-4 if dtype == torch.float32 else 1e-9
     eye = torch.eye(3, dtype=dtype).expand(6, 3, 3)
     assert_close(rotations.mT @ rotations, eye, atol=tolerance)
+
+
+def test_gauge_phase_on_request_with_interval_none():
+    problem = Problem(T=6, n=5, m=5)
+    problem.init("twisted")
+    optim = make_optim(problem, interval=None)
+    run_steps(problem, optim, 5)
+    assert optim.records == []
+    record = optim.gauge_phase()
+    assert optim.records == [record] and record["step"] == 5
+    assert record["energy_after"] < record["energy_before"]
+    assert record["rotation_angle"] > 0.1
+    unknown = GoldstonePyroOptim(
+        pyro.optim.Adam({"lr": 0.05}), ["nope"], problem.coupling, interval=None
+    )
+    with pytest.raises(ValueError, match="no parameter 'nope'"):
+        unknown.gauge_phase()

