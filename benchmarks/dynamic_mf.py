@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from models import dynamic_mf  # noqa: E402
-from pyro_goldstone.training import convergence_table  # noqa: E402
+from pyro_goldstone.training import convergence_table, table_markdown  # noqa: E402
 
 COLUMNS = (
     "steps to 1%",
@@ -83,7 +83,7 @@ def report(results: dict, seconds: float) -> tuple:
             f"## {init} initialisation\n\n"
             f"Reference prior energy {config['reference_prior_energy']:.6g}; "
             f"{config['num_steps']} steps; best baseline: "
-            f"{best or 'none reached 1%'}.\n\n{table.to_markdown()}\n"
+            f"{best or 'none reached 1%'}.\n\n{table_markdown(table)}\n"
         )
         summary["inits"][init] = {
             "best_baseline": best,

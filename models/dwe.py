@@ -65,7 +65,9 @@ from pyro_goldstone.training import (
     add_convergence,
     aligned_energy,
     convergence_table,
+    table_markdown,
     train,
+    warm_up,
     write_metrics,
 )
 
@@ -520,9 +522,7 @@ def main(argv=None) -> dict:
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO))
     os.makedirs(args.out, exist_ok=True)
     torch.manual_seed(args.seed)
-    # torch imports its compiler (seconds) when the first optimiser is built; pay that
-    # here, so that it does not count as training time of the first run
-    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
+    warm_up()  # so that torch's one-time costs are not charged to the first run
     started = time.perf_counter()
 
     counts = load_counts(args)
@@ -572,7 +572,7 @@ def main(argv=None) -> dict:
     plot_training_curves(runs, os.path.join(args.out, "training_curves.png"))
 
     extra = ("test_loglik", "median_first_last_cosine", "gauge_overhead")
-    summary = convergence_table(runs, extra=extra).to_markdown(floatfmt=".4g")
+    summary = table_markdown(convergence_table(runs, extra=extra))
     with open(os.path.join(args.out, "summary.md"), "w") as f:
         f.write(summary + "\n")
     print(summary)

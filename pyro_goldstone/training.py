@@ -33,8 +33,10 @@ __all__ = [
     "add_convergence",
     "convergence_table",
     "first_step_within",
+    "table_markdown",
     "train",
     "validate_metrics",
+    "warm_up",
     "write_metrics",
 ]
 
@@ -49,6 +51,18 @@ REQUIRED_RUN_KEYS = (
     "final_loss",
     "seconds_per_step",
 )
+
+
+def warm_up() -> None:
+    """Pay PyTorch's one-time costs before anything is timed.
+
+    The first optimiser step imports torch's compiler stack (seconds); without this the
+    first run of a comparison is charged for it.
+    """
+    param = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.Adam([param])
+    param.sum().backward()
+    optimizer.step()
 
 
 def aligned_energy(X, coupling) -> float:
@@ -318,3 +332,18 @@ def convergence_table(runs: Mapping, extra: tuple = ()) -> pd.DataFrame:
             ]
         table.attrs["best_baseline"] = best
     return table
+
+
+def table_markdown(table: pd.DataFrame, floatfmt: str = ".4g") -> str:
+    """A convergence table as markdown: ``–`` where a run never got there, and without
+    the ratio columns when no baseline reached the threshold.
+
+    :param pandas.DataFrame table: as from :func:`convergence_table`.
+    :param str floatfmt: number format of the cells (default ``".4g"``).
+    :rtype: str
+    """
+    ratios = [c for c in ("step ratio", "time ratio") if c in table.columns]
+    empty = [c for c in ratios if table[c].isna().all()]
+    shown = table.drop(columns=empty).astype(object)
+    shown = shown.where(shown.notna(), None)
+    return shown.to_markdown(floatfmt=floatfmt, missingval="–")

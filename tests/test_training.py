@@ -11,6 +11,7 @@ from pyro_goldstone.training import (
     aligned_energy,
     convergence_table,
     first_step_within,
+    table_markdown,
     train,
     validate_metrics,
     write_metrics,
@@ -136,3 +137,14 @@ def test_aligned_energy_is_the_minimum_over_rotations():
     assert aligned_energy(X, coupling) == pytest.approx(0.0, abs=1e-10)
     noisy = X + 0.1 * torch.randn(X.shape, dtype=torch.float64, generator=generator)
     assert 0.0 < aligned_energy(noisy, coupling) < float(prior_energy(noisy, coupling))
+
+
+def test_table_markdown_marks_what_never_happened():
+    never = add_convergence(_decaying_run("adam", 0.99), 1.0)
+    reached = add_convergence(_decaying_run("goldstone-procrustes", 0.1), 1.0)
+    text = table_markdown(convergence_table({"adam": never, "goldstone": reached}))
+    assert "nan" not in text and "–" in text
+    # no baseline reached the threshold: no ratio columns
+    assert "step ratio" not in text and "time ratio" not in text
+    both = {"gd": add_convergence(_decaying_run("gd", 0.5), 1.0), "goldstone": reached}
+    assert "step ratio" in table_markdown(convergence_table(both))
