@@ -220,6 +220,10 @@ class GaugeFixer:
             raise TypeError(f"time_dim must be an int, but got {time_dim!r}")
         if isinstance(embed_dim, bool) or not isinstance(embed_dim, int):
             raise TypeError(f"embed_dim must be an int, but got {embed_dim!r}")
+        if time_dim == embed_dim:
+            raise ValueError(
+                f"time_dim={time_dim} and embed_dim={embed_dim} name the same dimension"
+            )
         if interval is not None:
             _check_int(interval, "interval", 1)
         self.time_dim = time_dim

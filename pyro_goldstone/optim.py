@@ -18,6 +18,7 @@ import torch
 from pyro.optim import PyroOptim
 
 from pyro_goldstone.gauge_phase import DEFAULT_GAUGE_STEPS, DEFAULT_INTERVAL, GaugeFixer
+from pyro_goldstone.training import permit_as_usual
 
 __all__ = ["GoldstonePyroOptim"]
 
@@ -325,6 +326,7 @@ class GoldstonePyroOptim(PyroOptim):
         try:
             with os.fdopen(handle, "wb") as output_file:
                 torch.save(self.get_state(), output_file)
+            permit_as_usual(temporary)
             os.replace(temporary, filename)
         except BaseException:
             os.unlink(temporary)

@@ -33,6 +33,7 @@ __all__ = [
     "add_convergence",
     "convergence_table",
     "first_step_within",
+    "permit_as_usual",
     "table_markdown",
     "train",
     "validate_metrics",
@@ -279,8 +280,17 @@ def write_metrics(path: str, model: str, config: Mapping, runs: Mapping) -> dict
     ) as f:
         json.dump(metrics, f, indent=1, default=str)
         temporary = f.name
+    permit_as_usual(temporary)
     os.replace(temporary, path)
     return metrics
+
+
+def permit_as_usual(path: str) -> None:
+    """Give a file made by :mod:`tempfile` (mode 0600) the permissions the user's umask
+    gives any new file, as it gets before the atomic rename onto its real name."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def convergence_table(runs: Mapping, extra: tuple = ()) -> pd.DataFrame:

@@ -684,3 +684,13 @@ def test_gauge_phase_on_request_with_interval_none():
     )
     with pytest.raises(ValueError, match="no parameter 'nope'"):
         unknown.gauge_phase()
+
+
+def test_same_time_and_embedding_dimension_is_refused_at_construction():
+    with pytest.raises(ValueError, match="name the same dimension"):
+        GoldstonePyroOptim(
+            pyro.optim.Adam({"lr": 0.05}),
+            NAMES,
+            Coupling.chain(4, 1.0),
+            time_dim=-1,
+        )

@@ -148,3 +148,17 @@ def test_table_markdown_marks_what_never_happened():
     assert "step ratio" not in text and "time ratio" not in text
     both = {"gd": add_convergence(_decaying_run("gd", 0.5), 1.0), "goldstone": reached}
     assert "step ratio" in table_markdown(convergence_table(both))
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        path = tmp_path / "metrics.json"
+        write_metrics(
+            str(path), "m", {}, {"adam": add_convergence(_decaying_run("a", 0.5), 1.0)}
+        )
+        assert path.stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(umask)
