@@ -156,6 +156,25 @@ class Benchmark:
             lr=self.settings.riemannian_lr,
         )
 
+    def gauge_row(self, label: str, base, model, args):
+        """The optimiser of a Riemannian or Goldstone row of a sparse model.
+
+        :param str label: ``"riemannian-adam"`` or ``"goldstone-<method>"``.
+        :param base: the base Pyro optimiser.
+        :param model: the model object, with ``loc_names`` and ``coupling``.
+        :param args: the model command's options (``interval``, ``gauge_steps``).
+        """
+        if label == "riemannian-adam":
+            return self.riemannian(base, model.coupling, args.interval)
+        return _goldstone(
+            base,
+            model.loc_names,
+            model.coupling,
+            label.split("-", 1)[1],
+            interval=args.interval,
+            gauge_steps=args.gauge_steps,
+        )
+
 
 class DynamicMF(Benchmark):
     """The dense dynamic Gaussian factorisation on synthetic data (SPEC 4.1)."""
@@ -283,17 +302,7 @@ class MovieLens(Benchmark):
                 lr = self.lr.get("dctadam", self.lr["adam"])
                 options = {"lr": lr, "num_steps": T}
                 return PyroOptim(TimeDCTAdam, dict(options, clip_norm=NO_CLIPPING))
-            base = Adagrad({"lr": args.lr})
-            if label == "riemannian-adam":
-                return self.riemannian(base, model.coupling, args.interval)
-            return _goldstone(
-                base,
-                model.loc_names,
-                model.coupling,
-                label.split("-", 1)[1],
-                interval=args.interval,
-                gauge_steps=args.gauge_steps,
-            )
+            return self.gauge_row(label, Adagrad({"lr": args.lr}), model, args)
 
         return build
 
@@ -352,16 +361,7 @@ class WordEmbeddings(Benchmark):
                 options = {"lr": lr, "lrd": decay, "num_steps": model.num_steps}
                 return PyroOptim(TimeDCTAdam, dict(options, clip_norm=NO_CLIPPING))
             base = dwe._optimiser(model, dwe.BASELINE, args)
-            if label == "riemannian-adam":
-                return self.riemannian(base, model.coupling, args.interval)
-            return _goldstone(
-                base,
-                model.loc_names,
-                model.coupling,
-                label.split("-", 1)[1],
-                interval=args.interval,
-                gauge_steps=args.gauge_steps,
-            )
+            return self.gauge_row(label, base, model, args)
 
         return build
 
