@@ -497,18 +497,19 @@ class GaugeFixer:
                 if self.moments == "reset":
                     del optimizer.state[param]
                     continue
-                for key in FIRST_MOMENT_KEYS:
-                    value = state.get(key)
-                    if isinstance(value, torch.Tensor) and value.shape == param.shape:
-                        _rotate_in_place(
-                            value, rotations, self.time_dim, self.embed_dim
-                        )
-                if self.moments == "first" or "grad_avg" in state:
-                    continue
-                for key in SECOND_MOMENT_KEYS:
-                    value = state.get(key)
-                    if isinstance(value, torch.Tensor) and value.shape == param.shape:
-                        _rotate_in_place(value, squares, self.time_dim, self.embed_dim)
+                keys = [(FIRST_MOMENT_KEYS, rotations)]
+                if self.moments == "rotate" and "grad_avg" not in state:
+                    keys.append((SECOND_MOMENT_KEYS, squares))
+                for names, matrices in keys:
+                    for key in names:
+                        value = state.get(key)
+                        if (
+                            isinstance(value, torch.Tensor)
+                            and value.shape == param.shape
+                        ):
+                            _rotate_in_place(
+                                value, matrices, self.time_dim, self.embed_dim
+                            )
 
     def _record(self, rotations, energy_before, energy_after, heal: bool) -> dict:
         eye = torch.eye(

@@ -8,8 +8,6 @@ else in the training loop changes.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from typing import Optional, Union
 
@@ -17,8 +15,8 @@ import pyro
 import torch
 from pyro.optim import PyroOptim
 
+from pyro_goldstone._atomic import atomic_write
 from pyro_goldstone.gauge_phase import DEFAULT_GAUGE_STEPS, DEFAULT_INTERVAL, GaugeFixer
-from pyro_goldstone.training import permit_as_usual
 
 __all__ = ["GoldstonePyroOptim"]
 
@@ -321,16 +319,8 @@ class GoldstonePyroOptim(PyroOptim):
 
         :param str filename: the file to write.
         """
-        directory = os.path.dirname(os.path.abspath(filename))
-        handle, temporary = tempfile.mkstemp(dir=directory, suffix=".tmp")
-        try:
-            with os.fdopen(handle, "wb") as output_file:
-                torch.save(self.get_state(), output_file)
-            permit_as_usual(temporary)
-            os.replace(temporary, filename)
-        except BaseException:
-            os.unlink(temporary)
-            raise
+        with atomic_write(filename) as output_file:
+            torch.save(self.get_state(), output_file)
 
     def load(self, filename: str, map_location=None) -> None:
         """Restore a state written by :meth:`save`.

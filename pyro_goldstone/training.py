@@ -17,7 +17,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 
@@ -25,6 +24,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from pyro_goldstone._atomic import atomic_write
 from pyro_goldstone.gauge import solve_gauge
 
 __all__ = [
@@ -33,7 +33,6 @@ __all__ = [
     "add_convergence",
     "convergence_table",
     "first_step_within",
-    "permit_as_usual",
     "table_markdown",
     "train",
     "validate_metrics",
@@ -202,11 +201,20 @@ def first_step_within(
         )
     if not (rel > 0):
         raise ValueError(f"rel must be positive, got {rel}")
+    return _first_staying(
+        None if value is None else abs(value - reference) <= rel * abs(reference)
+        for value in values
+    )
+
+
+def _first_staying(flags) -> int | None:
+    """Index of the first ``True`` after which no ``False`` follows (``None`` entries,
+    nothing recorded, are skipped), else ``None``."""
     first = None
-    for index, value in enumerate(values):
-        if value is None:
+    for index, flag in enumerate(flags):
+        if flag is None:
             continue
-        if abs(value - reference) <= rel * abs(reference):
+        if flag:
             first = index if first is None else first
         else:
             first = None
@@ -233,14 +241,10 @@ def add_convergence(run: dict, reference: float, rel: float = 0.01) -> dict:
     if "aligned_energy" in run:
         # the Goldstone modes are gone once the energy stays within rel of what the
         # best rotations and reflections of the same means would give
-        index = None
-        for i, (energy, aligned) in enumerate(
-            zip(run["prior_energy"], run["aligned_energy"])
-        ):
-            if energy - aligned > rel * abs(aligned):
-                index = None
-            elif index is None:
-                index = i
+        index = _first_staying(
+            energy - aligned <= rel * abs(aligned)
+            for energy, aligned in zip(run["prior_energy"], run["aligned_energy"])
+        )
         run["steps_to_aligned"] = None if index is None else run["steps"][index]
         run["seconds_to_aligned"] = None if index is None else run["seconds"][index]
     return run
@@ -273,24 +277,10 @@ def write_metrics(path: str, model: str, config: Mapping, runs: Mapping) -> dict
     """
     metrics = {"model": model, "config": dict(config), "runs": dict(runs)}
     validate_metrics(metrics)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    with tempfile.NamedTemporaryFile(
-        "w", dir=directory, suffix=".tmp", delete=False
-    ) as f:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with atomic_write(path, "w") as f:
         json.dump(metrics, f, indent=1, default=str)
-        temporary = f.name
-    permit_as_usual(temporary)
-    os.replace(temporary, path)
     return metrics
-
-
-def permit_as_usual(path: str) -> None:
-    """Give a file made by :mod:`tempfile` (mode 0600) the permissions the user's umask
-    gives any new file, as it gets before the atomic rename onto its real name."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
 
 
 def convergence_table(runs: Mapping, extra: tuple = ()) -> pd.DataFrame:

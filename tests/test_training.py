@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
 import json
+import os
 
 import pytest
 import torch
@@ -151,8 +152,6 @@ def test_table_markdown_marks_what_never_happened():
 
 
 def test_written_files_get_the_usual_permissions(tmp_path):
-    import os
-
     umask = os.umask(0o022)
     try:
         path = tmp_path / "metrics.json"
@@ -162,3 +161,20 @@ def test_written_files_get_the_usual_permissions(tmp_path):
         assert path.stat().st_mode & 0o777 == 0o644
     finally:
         os.umask(umask)
+
+
+def test_a_failed_write_keeps_the_old_file(tmp_path):
+    path = tmp_path / "metrics.json"
+    good = {"adam": add_convergence(_decaying_run("a", 0.5), 1.0)}
+    write_metrics(str(path), "m", {}, good)
+    before = path.read_text()
+    with pytest.raises(TypeError):
+        # json.dump falls back to str(), which fails halfway through the file
+        write_metrics(str(path), "m", {"bad": BadJson()}, good)
+    assert path.read_text() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+class BadJson:
+    def __str__(self):
+        raise TypeError("cannot be written")
